@@ -21,7 +21,7 @@ def build_tokenizer(model_max_length: int = 512) -> Any:
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
@@ -86,3 +86,90 @@ def save_tiny_checkpoint(
     model.save_pretrained(directory)
     build_tokenizer().save_pretrained(directory)
     return directory
+
+
+# Architectures `tiny_config` can build; each is a real transformers model type.
+TINY_ARCHITECTURES = (
+    "olmoe",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v3",
+    "granitemoe",
+    "phimoe",
+    "gpt_oss",
+    "jetmoe",
+)
+
+
+def tiny_config(arch: str, experts_implementation: str | None = "eager") -> Any:
+    """Return a tiny config (hidden 32, 3-4 layers, 8 experts) of a transformers MoE architecture.
+
+    Every config shares the character tokenizer's vocabulary. `experts_implementation="eager"`
+    is set because CPU runs should use it (design.md); transformers does not save it to disk.
+    """
+    from transformers import AutoConfig
+
+    common: dict[str, Any] = {
+        "vocab_size": len(SPECIAL_TOKENS) + len(CHARACTERS),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": False,
+    }
+    experts = {"num_local_experts": 8, "num_experts_per_tok": 2}
+    extra: dict[str, dict[str, Any]] = {
+        "olmoe": {"num_experts": 8, "num_experts_per_tok": 2},
+        "mixtral": experts,
+        # Layer 1 is dense, so the MoE layers are 0, 2, 3.
+        "qwen2_moe": {
+            "num_hidden_layers": 4,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 64,
+            "mlp_only_layers": [1],
+        },
+        "qwen3_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+        # First layer dense; two groups of four experts, one group kept per token.
+        "deepseek_v3": {
+            "num_hidden_layers": 4,
+            "num_key_value_heads": 4,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 2,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "moe_intermediate_size": 32,
+            "n_shared_experts": 1,
+            "q_lora_rank": 16,
+            "kv_lora_rank": 16,
+            "qk_rope_head_dim": 4,
+            "qk_nope_head_dim": 4,
+            "v_head_dim": 8,
+        },
+        "granitemoe": experts,
+        "phimoe": experts,
+        "gpt_oss": {**experts, "head_dim": 8, "sliding_window": 16},
+        "jetmoe": {
+            **experts,
+            "kv_channels": 8,
+            "num_key_value_heads": 2,
+            "activation_function": "silu",
+        },
+    }
+    if arch not in extra:
+        raise ValueError(f"unknown tiny architecture {arch!r}; pick one of {TINY_ARCHITECTURES}")
+    kwargs = {**common, **extra[arch]}
+    if arch == "jetmoe":
+        # JetMoE derives its head count from num_key_value_heads * num_experts_per_tok.
+        kwargs.pop("num_attention_heads")
+    if experts_implementation is not None:
+        kwargs["experts_implementation"] = experts_implementation
+    return AutoConfig.for_model(arch, **kwargs)
