@@ -153,10 +153,42 @@ def bench_pathway_distance() -> None:
     )
 
 
-def bench_forward() -> None:
-    """Forward-pass bench (probe through a tiny MoE model): left to the lead."""
-    # TODO(lead): fill in after the torch side (routing.py / worker.py) lands.
-    print("forward bench: see lead")
+def bench_forward(n_samples: int = 64, repeats: int = 3) -> None:
+    """Forward seconds per sample on a tiny OLMoE: batched (16) vs one sample at a time."""
+    import torch
+
+    from grokwatch.encoding import encode_probe
+    from grokwatch.probe_sources import bundled_probe
+    from grokwatch.routing import run_forward
+    from grokwatch.tinymodels import build_tiny_model, build_tokenizer, tiny_config
+
+    torch.set_num_threads(1)
+    model = build_tiny_model(tiny_config("olmoe"), seed=0)
+    probe = bundled_probe()
+    encoded = encode_probe(build_tokenizer(), probe, max_tokens=256)
+    rows = min(n_samples, len(encoded.kept))
+    subset = type(encoded)(
+        **{
+            **encoded.__dict__,
+            "input_ids": encoded.input_ids[:rows],
+            "loss_masks": encoded.loss_masks[:rows],
+            "kept": encoded.kept[:rows],
+        }
+    )
+    results = {}
+    for label, batch in (("batched (16)", 16), ("one at a time", 1)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run_forward(model, subset, batch_size=batch, device="cpu")
+            times.append(time.perf_counter() - t0)
+        results[label] = float(np.median(times)) / rows
+    print(f"forward pass, tiny OLMoE (tiny_config('olmoe')), {rows} bundled-probe samples,")
+    print(f"  max 256 tokens, 1 thread, median of {repeats}:")
+    for label, per_sample in results.items():
+        print(f"  {label:<14} {per_sample * 1000:8.2f} ms/sample")
+    ratio = results["one at a time"] / results["batched (16)"]
+    print(f"  batched speed-up: {ratio:.1f}x")
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ def collect_status(reader: Reader, run_id: int | None = None, now: float | None 
             "started_at": hb.started_at,
             "last_beat_at": hb.beat_at,
             "worker_state": hb.worker_state,
+            "stopped_at": hb.stopped_at,
         }
     if run is None:
         return status
@@ -92,7 +93,7 @@ def collect_status(reader: Reader, run_id: int | None = None, now: float | None 
                 )
             }
             | {"step": latest_step}
-            for m in reader.metrics(rid)
+            for m in sorted(reader.metrics(rid), key=lambda m: m["grp"] == "__all__")
             if m["step"] == latest_step
         ]
     status["alerts"] = [
@@ -110,7 +111,7 @@ def format_status(status: dict, now: float | None = None) -> str:
     if d is None:
         lines.append("daemon  never ran on this store")
     else:
-        state = "alive" if d["alive"] else "stale"
+        state = "alive" if d["alive"] else ("stopped" if d["stopped_at"] else "stale")
         lines.append(
             f"daemon  {state}: pid {d['pid']} on {d['host']}, {d['device']},"
             f" last beat {_age(now - d['last_beat_at'])}"

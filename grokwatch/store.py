@@ -387,10 +387,12 @@ class Store:
         status: str,
         reason: str | None = None,
     ) -> int:
-        """Record a watcher decision about a checkpoint; returns the row id.
+        """Record a watcher decision about a checkpoint; returns the row id (-1: nothing to do).
 
-        A new fingerprint for a path whose earlier content was queued or evaluated supersedes
-        the old row; a final row is never reopened.
+        The newest row of a path is its current entry. `seen` opens an entry (or refreshes a
+        `seen` one whose files are still changing); other decisions apply to the current entry.
+        A path whose done content reappears with another fingerprint is a rewrite: the old row
+        becomes `superseded` and the new content gets its own row. Final rows never reopen.
         """
         if status not in STATUSES:
             raise ValueError(f"unknown checkpoint status {status!r}")
@@ -400,46 +402,66 @@ class Store:
                 "SELECT * FROM checkpoints WHERE run_id = ? AND path = ? ORDER BY id",
                 (run_id, path),
             ).fetchall()
-            same = next((r for r in rows if r["fingerprint"] == fingerprint), None)
-            if status in ("vanished", "superseded"):
-                # Applies to the newest unfinished (or done, for superseded) row of this path.
-                for r in reversed(rows):
-                    # A running row belongs to the worker, which finds out for itself.
-                    if status == "vanished" and r["status"] in ("seen", "pending"):
-                        self._set_status(r["id"], status, reason, seq, now)
-                        return int(r["id"])
-                    if status == "superseded" and r["status"] not in ("superseded", "vanished"):
-                        self._set_status(r["id"], status, reason, seq, now)
-                        return int(r["id"])
-                return -1
-            if same is None:
-                for r in rows:
-                    if r["status"] not in FINAL_STATUSES or r["status"] == "done":
-                        self._set_status(
-                            r["id"], "superseded", "rewritten with other content", seq, now
-                        )
-                cur = self.conn.execute(
-                    "INSERT INTO checkpoints (run_id, step, path, fingerprint, status, reason,"
-                    " seen_at, pending_at, seq) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        run_id,
-                        step,
-                        path,
-                        fingerprint,
-                        status,
-                        reason,
-                        now,
-                        now if status == "pending" else None,
-                        seq,
-                    ),
+            current = rows[-1] if rows else None
+            if status == "superseded":
+                target = next(
+                    (r for r in reversed(rows) if r["fingerprint"] == fingerprint), current
                 )
-                return int(cur.lastrowid)
-            if same["status"] in FINAL_STATUSES or same["status"] == "running":
-                return int(same["id"])
-            if same["status"] == "pending" and status == "seen":
-                return int(same["id"])
-            self._set_status(same["id"], status, reason, seq, now, step=step)
-            return int(same["id"])
+                if target is None or target["status"] in ("superseded", "vanished"):
+                    return -1
+                self._set_status(target["id"], status, reason, seq, now)
+                return int(target["id"])
+            if status == "vanished":
+                # A running row belongs to the worker, which finds out for itself.
+                if current is None or current["status"] not in ("seen", "pending"):
+                    return -1
+                self._set_status(current["id"], status, reason, seq, now)
+                return int(current["id"])
+            if current is not None and current["status"] == "seen":
+                self.conn.execute(
+                    "UPDATE checkpoints SET fingerprint = ?, step = ? WHERE id = ?",
+                    (fingerprint, step, current["id"]),
+                )
+                self._set_status(current["id"], status, reason, seq, now)
+                return int(current["id"])
+            if current is not None and current["fingerprint"] == fingerprint:
+                # A restart re-discovering what the store already holds.
+                if current["status"] == "failed" and status == "pending":
+                    self._set_status(current["id"], status, None, seq, now)
+                return int(current["id"])
+            if current is not None and current["status"] in ("pending", "running", "done"):
+                if status == "failed" and current["status"] != "done":
+                    self._set_status(current["id"], status, reason, seq, now)
+                    return int(current["id"])
+                self._set_status(
+                    current["id"], "superseded", "rewritten with other content", seq, now
+                )
+            cur = self.conn.execute(
+                "INSERT INTO checkpoints (run_id, step, path, fingerprint, status, reason,"
+                " seen_at, pending_at, done_at, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    step,
+                    path,
+                    fingerprint,
+                    status,
+                    reason,
+                    now,
+                    now if status == "pending" else None,
+                    now if status in FINAL_STATUSES else None,
+                    seq,
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def current_entries(self, run_id: int) -> list[CheckpointRow]:
+        """The newest row of every checkpoint path of a run (what the watcher resumes from)."""
+        rows = self.conn.execute(
+            "SELECT * FROM checkpoints WHERE id IN (SELECT MAX(id) FROM checkpoints"
+            " WHERE run_id = ? GROUP BY path) ORDER BY step, id",
+            (run_id,),
+        ).fetchall()
+        return [_row_to_checkpoint(r) for r in rows]
 
     def _set_status(
         self,
