@@ -97,7 +97,9 @@ def parse_probe_lines(lines: Iterable[str], source: str, jsonl: bool) -> Probe:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ProbeError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line")
+                raise ProbeError(
+                    f"{where}: not valid JSON ({exc.msg}); fix or remove the line"
+                ) from None
             samples.append(_sample_from_record(record, where))
         else:
             samples.append(ProbeSample(text=line.rstrip("\n")))
@@ -114,7 +116,9 @@ def load_probe(path: str | Path) -> Probe:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ProbeError(f"{path}: probe file is not UTF-8 text; convert it or pick another file")
+        raise ProbeError(
+            f"{path}: probe file is not UTF-8 text; convert it or pick another file"
+        ) from None
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     jsonl = path.suffix in {".jsonl", ".json", ".ndjson"} or first.lstrip().startswith("{")
     return parse_probe_lines(text.splitlines(), str(path), jsonl=jsonl)

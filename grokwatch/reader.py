@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grokwatch.packing import SampleArrays, unpack_samples
-from grokwatch.store import connect
+from grokwatch.schema import connect
 
 # A heartbeat older than this means the daemon is gone (it beats every few seconds).
 STALE_AFTER_S = 30.0

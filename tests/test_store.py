@@ -12,7 +12,8 @@ import pytest
 from grokwatch.errors import StoreError
 from grokwatch.packing import pack_samples, unpack_samples
 from grokwatch.reader import Reader
-from grokwatch.store import MIGRATIONS, DaemonLock, Store, connect, migrate
+from grokwatch.schema import MIGRATIONS, connect, migrate
+from grokwatch.store import DaemonLock, Store
 
 
 def _run(store: Store, probe_hash: str = "h", tau: float = 0.7) -> int:
