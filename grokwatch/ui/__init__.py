@@ -1,0 +1,1 @@
+"""The Textual UI: a read-only view of a grokwatch store (never imports torch)."""
