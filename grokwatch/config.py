@@ -52,6 +52,8 @@ class Settings:
     max_memory_bytes: int | None = None
     memorization_eps: float | None = None
     theme: str | None = None
+    # Detector overrides (onset.DetectorConfig fields), e.g. [detector] window = 12.
+    detector: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
@@ -82,6 +84,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if text in {"0", "false", "no", "off", ""}:
                 return False
             raise ValueError(value)
+        if "Mapping" in annotation:
+            if isinstance(value, str):
+                import json
+
+                value = json.loads(value)
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return dict(value)
         if "tuple[str" in annotation:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -171,3 +181,15 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"poll = {s.poll}: must be a positive number of seconds")
     if s.threads is not None and s.threads < 1:
         raise ConfigError(f"threads = {s.threads}: must be at least 1")
+    if s.detector:
+        import dataclasses as dc
+
+        from grokwatch.onset import DetectorConfig
+
+        known = {f.name for f in dc.fields(DetectorConfig)}
+        unknown = sorted(set(s.detector) - known)
+        if unknown:
+            raise ConfigError(
+                f"detector: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}"
+            )
+        DetectorConfig(**s.detector)  # its own checks raise ConfigError with the fix

@@ -56,6 +56,8 @@ class Daemon:
         self._last_overdue_check = 0.0
         self._printed_seq = 0
         self._previous_start: float | None = None
+        self._failures: Any = None
+        self.exit_code = 0
 
     # Setup ------------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class Daemon:
 
             # A bare save_pretrained directory has no step: -1 sorts it first, shown as "-".
             step = decision.step if decision.step is not None else -1
-            watcher_store.record_checkpoint(
+            row_id = watcher_store.record_checkpoint(
                 self.run_id,
                 str(decision.path),
                 step,
@@ -140,9 +142,9 @@ class Daemon:
                 decision.kind,
                 decision.reason or None,
             )
-            if decision.kind == "failed":
+            if decision.kind == "failed" and row_id >= 0:
                 watcher_store.add_alert(
-                    self.run_id, failure_alert(step, str(decision.path), decision.reason)
+                    self.run_id, failure_alert(step, str(decision.path), decision.reason, row_id)
                 )
             elif decision.kind in ("vanished", "superseded"):
                 self._say(f"step {step}: {decision.kind} ({decision.path})")
@@ -172,6 +174,7 @@ class Daemon:
             "trust_remote_code": self.settings.trust_remote_code,
             "max_memory_bytes": self.settings.max_memory_bytes,
             "memorization_eps": self.settings.memorization_eps,
+            "detector": dict(self.settings.detector),
             "debug": self.settings.debug,
         }
         ctx = multiprocessing.get_context("spawn")
@@ -184,15 +187,23 @@ class Daemon:
         self.worker.start()
 
     def _check_worker(self) -> None:
-        from grokwatch.analysis import worker_down_alert
+        from grokwatch.analysis import failure_alert, worker_down_alert
+        from grokwatch.worker import WORKER_USAGE_EXIT
 
         assert self.store is not None
         w = self.worker
         if w is None or w.is_alive():
             return
         code = w.exitcode
+        if code == WORKER_USAGE_EXIT:
+            # The worker printed a usage error (e.g. --device names a GPU that is not there):
+            # every checkpoint would fail alike, so stop instead of failing them all.
+            self.exit_code = 2
+            self.stop_event.set()
+            return
         running = self.store.conn.execute(
-            "SELECT id, step, attempts FROM checkpoints WHERE run_id = ? AND status = 'running'",
+            "SELECT id, step, path, attempts FROM checkpoints"
+            " WHERE run_id = ? AND status = 'running'",
             (self.run_id,),
         ).fetchall()
         reason = f"worker process exited with code {code}"
@@ -200,8 +211,10 @@ class Daemon:
         self.store.add_alert(self.run_id, worker_down_alert(reason, time.time()))
         for row in running:
             if row["attempts"] >= MAX_ATTEMPTS:
-                self.store.finish_checkpoint(
-                    row["id"], "failed", f"worker crashed {row['attempts']} times on it ({reason})"
+                why = f"worker crashed {row['attempts']} times on it ({reason})"
+                self.store.finish_checkpoint(row["id"], "failed", why)
+                self.store.add_alert(
+                    self.run_id, failure_alert(row["step"], row["path"], why, row["id"])
                 )
         self.store.requeue_running(self.run_id)
         self._start_worker()
@@ -221,9 +234,11 @@ class Daemon:
     # Alerts -----------------------------------------------------------------------------
 
     def _deliver(self) -> None:
-        from grokwatch.notify import run_command_hook, send_apprise
+        from grokwatch.notify import FailureLog, run_command_hook, send_apprise
 
         assert self.store is not None
+        if self._failures is None:
+            self._failures = FailureLog()
         channels: list[tuple[str, Any]] = []
         if self.settings.on_alert:
             cmd = self.settings.on_alert
@@ -240,18 +255,27 @@ class Daemon:
                 alert = dict(row) | {"group": row["grp"]}
                 result = send(alert)
                 self.store.record_delivery(row["id"], channel, result.ok, result.error)
-                if not result.ok:
-                    self._say(f"grokwatch: alert channel {channel} failed: {result.error}")
+                if self._failures.should_report(result):
+                    state = "works again" if result.ok else f"failed: {result.error}"
+                    self._say(f"grokwatch: alert channel {channel} {state}")
 
     def _check_overdue(self) -> None:
         from grokwatch.alerts import overdue_alert
 
         assert self.store is not None
         now = time.time()
-        if now - self._last_overdue_check < OVERDUE_CHECK_S:
+        if self.settings.once or now - self._last_overdue_check < OVERDUE_CHECK_S:
             return
         self._last_overdue_check = now
-        draft = overdue_alert(self.store.done_times(self.run_id), now)
+        # When training wrote a checkpoint, not when we noticed it: checkpoints found at start
+        # arrive in one burst, which says nothing about the run's rhythm.
+        times = []
+        for path, pending_at in self.store.arrivals(self.run_id):
+            try:
+                times.append(Path(path).stat().st_mtime)
+            except OSError:
+                times.append(pending_at)
+        draft = overdue_alert(times, now)
         if draft is not None:
             self.store.add_alert(self.run_id, _draft_dict(draft))
 
@@ -307,7 +331,7 @@ class Daemon:
                 self.stop_event.wait(LOOP_S)
             self._print_changes(reader)
             self._deliver()
-            return 0
+            return self.exit_code
         finally:
             self.close()
             reader.close()

@@ -38,8 +38,14 @@ class DaemonLock:
 
     def acquire(self) -> None:
         """Take the lock or raise StoreError naming the process that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot create the lock file ({exc.strerror or exc}); "
+                "pass a --db path in a writable directory"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,7 +99,13 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.conn = connect(self.path)
+        try:
+            self.conn = connect(self.path)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the store ({exc}); "
+                "pass another --db, or move this file away if it is not a grokwatch store"
+            ) from None
         self.db = sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
@@ -513,11 +525,11 @@ class Store:
             args.append(before_step)
         return self.conn.execute(sql + " ORDER BY s.step", args).fetchall()
 
-    def done_times(self, run_id: int) -> list[float]:
-        """Times at which checkpoints of a run became pending, for the overdue rule."""
+    def arrivals(self, run_id: int) -> list[tuple[str, float]]:
+        """(path, time it became pending) of each checkpoint of a run, for the overdue rule."""
         rows = self.conn.execute(
-            "SELECT pending_at FROM checkpoints WHERE run_id = ? AND pending_at IS NOT NULL"
+            "SELECT path, pending_at FROM checkpoints WHERE run_id = ? AND pending_at IS NOT NULL"
             " AND status != 'superseded' ORDER BY pending_at",
             (run_id,),
         ).fetchall()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]

@@ -20,13 +20,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from grokwatch.errors import CheckpointError, CheckpointVanished, GrokwatchError
+from grokwatch.errors import CheckpointError, CheckpointVanished, GrokwatchError, UsageError
 from grokwatch.probe import parse_probe_lines
 from grokwatch.store import CheckpointRow, Store
 
 log = logging.getLogger("grokwatch.worker")
 IDLE_POLL_S = 0.3
 PR_SET_PDEATHSIG = 1
+# Exit code of a worker that cannot run at all (a usage error such as a missing GPU): the daemon
+# stops with exit code 2 instead of restarting it or failing every checkpoint with that reason.
+WORKER_USAGE_EXIT = 2
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -148,10 +151,11 @@ class Worker:
         log.warning("step %s %s: %s", row.step, status, reason)
         self.store.finish_checkpoint(row.id, status, reason)
         if status == "failed":
-            self.store.add_alert(self.run_id, failure_alert(row.step, row.path, reason))
+            self.store.add_alert(self.run_id, failure_alert(row.step, row.path, reason, row.id))
 
     def _finish(self, row: CheckpointRow, forward: Any, started: float, loss: float | None) -> None:
         from grokwatch.analysis import RunAnalyser
+        from grokwatch.onset import DetectorConfig
 
         store = self._finish_conn()
         if self._analyser is None:
@@ -160,6 +164,7 @@ class Worker:
                 self.run_id,
                 len(self.probe.samples),
                 fixed_eps=self.settings.get("memorization_eps"),
+                config=DetectorConfig(**(self.settings.get("detector") or {})),
             )
         try:
             metrics = self.engine.metrics(forward)
@@ -199,7 +204,7 @@ class Worker:
 
         log.warning("step %s failed: %s", row.step, reason)
         store.finish_checkpoint(row.id, "failed", reason)
-        store.add_alert(self.run_id, failure_alert(row.step, row.path, reason))
+        store.add_alert(self.run_id, failure_alert(row.step, row.path, reason, row.id))
 
 
 def worker_main(store_path: str, run_id: int, settings: dict[str, Any], parent_pid: int) -> None:
@@ -212,8 +217,15 @@ def worker_main(store_path: str, run_id: int, settings: dict[str, Any], parent_p
     threads = settings.get("threads")
     import torch
 
+    from grokwatch.loading import resolve_device
+
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        resolve_device(str(settings.get("device") or "auto"))
+    except UsageError as exc:
+        print(f"grokwatch: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(WORKER_USAGE_EXIT)
     worker = Worker(store_path, run_id, settings)
 
     def _stop(signum: int, frame: Any) -> None:
