@@ -46,9 +46,13 @@ class Analysis:
     states: dict[str, GroupState] = field(default_factory=dict)
 
 
-def failure_alert(step: int | None, path: str, reason: str | None) -> dict[str, Any]:
-    """A checkpoint_failed alert as the store takes it."""
-    return checkpoint_failed_alert(step, path, reason or "unknown reason").as_dict()
+def failure_alert(
+    step: int | None, path: str, reason: str | None, checkpoint_id: int | None = None
+) -> dict[str, Any]:
+    """A checkpoint_failed alert as the store takes it (one per checkpoint row)."""
+    # Keyed by row id: a rewritten checkpoint at the same path and step that fails again is a
+    # new failure, and must not be swallowed by the first one's dedupe key.
+    return checkpoint_failed_alert(step, path, reason or "unknown reason", checkpoint_id).as_dict()
 
 
 def worker_down_alert(reason: str, since_s: float) -> dict[str, Any]:

@@ -184,7 +184,18 @@ class Daemon:
             name="grokwatch-worker",
             daemon=True,
         )
-        self.worker.start()
+        if threading.current_thread() is not threading.main_thread():
+            self.worker.start()
+            return
+        # Ctrl+C signals the whole foreground group, the worker too, also while it boots and
+        # before worker_main can ignore it (a KeyboardInterrupt traceback from its imports). An
+        # ignored signal stays ignored across exec, so start it with SIGINT ignored; a Ctrl+C
+        # in these few milliseconds is lost, and the next one stops the daemon.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.worker.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _check_worker(self) -> None:
         from grokwatch.analysis import failure_alert, worker_down_alert

@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from grokwatch.errors import UsageError
 from grokwatch.reader import Reader
 
 
@@ -32,6 +33,9 @@ def collect_status(reader: Reader, run_id: int | None = None, now: float | None 
     """Everything `status` shows, as plain data (the --json output)."""
     now = time.time() if now is None else now
     run = reader.run(run_id)
+    if run is None and run_id is not None:
+        known = ", ".join(str(r["id"]) for r in reader.runs()) or "none"
+        raise UsageError(f"{reader.path}: no run {run_id}; runs in this store: {known}")
     hb = reader.heartbeat()
     status: dict[str, Any] = {
         "store": str(reader.path),
