@@ -44,9 +44,7 @@ def main() -> None:
 def _watch_options(fn: Any) -> Any:
     options = [
         click.option("--probe", type=click.Path(path_type=Path), help="Probe file (JSONL/text)."),
-        click.option(
-            "--db", type=click.Path(path_type=Path), help="Store path."
-        ),
+        click.option("--db", type=click.Path(path_type=Path), help="Store path."),
         click.option("--device", help="auto | cpu | cuda | cuda:N  [default: auto]"),
         click.option("--headless", is_flag=True, default=None, help="No TUI; log lines only."),
         click.option("--once", is_flag=True, default=None, help="Process what is there, exit."),
