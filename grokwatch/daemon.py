@@ -29,6 +29,8 @@ LOOP_S = 0.25
 WORKER_STOP_S = 3.0
 MAX_ATTEMPTS = 2  # a checkpoint that crashed the worker this often fails instead of looping
 OVERDUE_CHECK_S = 30.0
+QUICK_DEATH_S = 20.0  # a worker that dies sooner than this after start is crash-looping
+RESTART_BACKOFF_MAX_S = 60.0
 
 
 def _device_label(spec: str) -> str:
@@ -57,6 +59,9 @@ class Daemon:
         self._printed_seq = 0
         self._previous_start: float | None = None
         self._failures: Any = None
+        self._worker_started_at = 0.0
+        self._quick_deaths = 0
+        self._restart_at = 0.0
         self.exit_code = 0
 
     # Setup ------------------------------------------------------------------------------
@@ -184,6 +189,7 @@ class Daemon:
             name="grokwatch-worker",
             daemon=True,
         )
+        self._worker_started_at = time.time()
         if threading.current_thread() is not threading.main_thread():
             self.worker.start()
             return
@@ -217,16 +223,28 @@ class Daemon:
             " WHERE run_id = ? AND status = 'running'",
             (self.run_id,),
         ).fetchall()
+        now = time.time()
+        if now < self._restart_at:
+            return
+        quick = now - self._worker_started_at < QUICK_DEATH_S
+        self._quick_deaths = self._quick_deaths + 1 if quick else 0
+        if self._quick_deaths >= 2 and self._restart_at == 0.0:
+            # A worker that dies at start would otherwise restart (and alert) every loop.
+            delay = min(RESTART_BACKOFF_MAX_S, 2.0**self._quick_deaths)
+            self._restart_at = now + delay
+            self._say(f"grokwatch: worker keeps dying at start; next try in {delay:.0f} s")
+            return
+        self._restart_at = 0.0
         reason = f"worker process exited with code {code}"
         self._say(f"grokwatch: {reason}; restarting it")
-        self.store.add_alert(self.run_id, worker_down_alert(reason, time.time()))
+        if self._quick_deaths <= 1:
+            # One alert per episode: a crash loop is one outage, not one alert per restart.
+            self.store.add_alert(self.run_id, worker_down_alert(reason, now))
         for row in running:
             if row["attempts"] >= MAX_ATTEMPTS:
                 why = f"worker crashed {row['attempts']} times on it ({reason})"
-                self.store.finish_checkpoint(row["id"], "failed", why)
-                self.store.add_alert(
-                    self.run_id, failure_alert(row["step"], row["path"], why, row["id"])
-                )
+                alert = failure_alert(row["step"], row["path"], why, row["id"])
+                self.store.finish_checkpoint(row["id"], "failed", why, alert)
         self.store.requeue_running(self.run_id)
         self._start_worker()
 

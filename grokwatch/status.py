@@ -85,7 +85,6 @@ def collect_status(reader: Reader, run_id: int | None = None, now: float | None 
             {
                 k: m[k]
                 for k in (
-                    "grp",
                     "n_samples",
                     "loss",
                     "pathway_distance",
@@ -96,12 +95,12 @@ def collect_status(reader: Reader, run_id: int | None = None, now: float | None 
                     "state",
                 )
             }
-            | {"step": latest_step}
+            | {"group": m["grp"], "step": latest_step}
             for m in sorted(reader.metrics(rid), key=lambda m: m["grp"] == "__all__")
             if m["step"] == latest_step
         ]
     status["alerts"] = [
-        {k: a[k] for k in ("id", "step", "kind", "grp", "message", "created_at")}
+        {k: a[k] for k in ("id", "step", "kind", "message", "created_at")} | {"group": a["grp"]}
         for a in reader.alerts(rid)[-5:][::-1]
     ]
     return status
@@ -142,7 +141,7 @@ def format_status(status: dict, now: float | None = None) -> str:
         )
         for g in status["groups"]:
             lines.append(
-                f"  {g['grp']:<14} {g['n_samples']:>5} {_num(g['loss']):>8}"
+                f"  {g['group']:<14} {g['n_samples']:>5} {_num(g['loss']):>8}"
                 f" {_num(g['pathway_distance']):>9} {_num(g['complexity']):>10}"
                 f" {_num(g['n_memorized'], 'd') if g['n_memorized'] is not None else '-':>9}"
                 f"  {g['state'] or '-'}"
@@ -150,6 +149,6 @@ def format_status(status: dict, now: float | None = None) -> str:
     if status["alerts"]:
         lines.append("alerts")
         for a in status["alerts"]:
-            group = f" [{a['grp']}]" if a["grp"] else ""
+            group = f" [{a['group']}]" if a["group"] else ""
             lines.append(f"  step {a['step']} {a['kind']}{group}: {a['message']}")
     return "\n".join(lines) + "\n"

@@ -354,12 +354,23 @@ class Store:
             claimed["attempts"] = row["attempts"] + 1
             return CheckpointRow(**{k: claimed[k] for k in CheckpointRow.__dataclass_fields__})
 
-    def finish_checkpoint(self, checkpoint_id: int, status: str, reason: str | None) -> None:
-        """Mark a claimed checkpoint failed or vanished with a one-line reason."""
+    def finish_checkpoint(
+        self,
+        checkpoint_id: int,
+        status: str,
+        reason: str | None,
+        alert: dict[str, Any] | None = None,
+    ) -> None:
+        """Mark a claimed checkpoint failed or vanished, with its alert, in one transaction."""
         if status not in ("failed", "vanished", "pending"):
             raise ValueError(status)
         with self.transaction() as seq:
             self._set_status(checkpoint_id, status, reason, seq, time.time())
+            if alert is not None:
+                row = self.conn.execute(
+                    "SELECT run_id FROM checkpoints WHERE id = ?", (checkpoint_id,)
+                ).fetchone()
+                self._insert_alert(row["run_id"], alert, seq)
 
     def queue_counts(self, run_id: int) -> dict[str, int]:
         """Number of checkpoints by status."""

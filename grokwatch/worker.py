@@ -149,9 +149,8 @@ class Worker:
         from grokwatch.analysis import failure_alert
 
         log.warning("step %s %s: %s", row.step, status, reason)
-        self.store.finish_checkpoint(row.id, status, reason)
-        if status == "failed":
-            self.store.add_alert(self.run_id, failure_alert(row.step, row.path, reason, row.id))
+        alert = failure_alert(row.step, row.path, reason, row.id) if status == "failed" else None
+        self.store.finish_checkpoint(row.id, status, reason, alert)
 
     def _finish(self, row: CheckpointRow, forward: Any, started: float, loss: float | None) -> None:
         from grokwatch.analysis import RunAnalyser
@@ -203,8 +202,9 @@ class Worker:
         from grokwatch.analysis import failure_alert
 
         log.warning("step %s failed: %s", row.step, reason)
-        store.finish_checkpoint(row.id, "failed", reason)
-        store.add_alert(self.run_id, failure_alert(row.step, row.path, reason, row.id))
+        store.finish_checkpoint(
+            row.id, "failed", reason, failure_alert(row.step, row.path, reason, row.id)
+        )
 
 
 def worker_main(store_path: str, run_id: int, settings: dict[str, Any], parent_pid: int) -> None:

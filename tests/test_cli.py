@@ -135,7 +135,7 @@ def test_status_json_and_run_selection(store: Path) -> None:
     assert (data["run"]["id"], data["run"]["tau"]) == (2, 0.5)
     assert data["queue"] == {"done": 2, "failed": 1}
     assert data["last_checkpoint"]["step"] == 200
-    assert [g["grp"] for g in data["groups"]] == ["alpha", "beta", "__all__"]
+    assert [g["group"] for g in data["groups"]] == ["alpha", "beta", "__all__"]
     assert {a["kind"] for a in data["alerts"]} <= ALERT_KINDS
     code, out, _ = invoke("status", "--db", str(store), "--json", "--run", "1")
     assert code == 0
