@@ -62,6 +62,7 @@ class Daemon:
         self._worker_started_at = 0.0
         self._quick_deaths = 0
         self._restart_at = 0.0
+        self._dead_pid: int | None = None
         self.exit_code = 0
 
     # Setup ------------------------------------------------------------------------------
@@ -218,35 +219,34 @@ class Daemon:
             self.exit_code = 2
             self.stop_event.set()
             return
-        running = self.store.conn.execute(
-            "SELECT id, step, path, attempts FROM checkpoints"
-            " WHERE run_id = ? AND status = 'running'",
-            (self.run_id,),
-        ).fetchall()
         now = time.time()
-        if now < self._restart_at:
-            return
-        quick = now - self._worker_started_at < QUICK_DEATH_S
-        self._quick_deaths = self._quick_deaths + 1 if quick else 0
-        if self._quick_deaths >= 2 and self._restart_at == 0.0:
-            # A worker that dies at start would otherwise restart (and alert) every loop.
-            delay = min(RESTART_BACKOFF_MAX_S, 2.0**self._quick_deaths)
-            self._restart_at = now + delay
-            self._say(f"grokwatch: worker keeps dying at start; next try in {delay:.0f} s")
-            return
-        self._restart_at = 0.0
-        reason = f"worker process exited with code {code}"
-        self._say(f"grokwatch: {reason}; restarting it")
-        if self._quick_deaths <= 1:
-            # One alert per episode: a crash loop is one outage, not one alert per restart.
+        if self._dead_pid != w.pid:  # handle each death once
+            self._dead_pid = w.pid
+            reason = f"worker process exited with code {code}"
             self.store.add_alert(self.run_id, worker_down_alert(reason, now))
-        for row in running:
-            if row["attempts"] >= MAX_ATTEMPTS:
-                why = f"worker crashed {row['attempts']} times on it ({reason})"
-                alert = failure_alert(row["step"], row["path"], why, row["id"])
-                self.store.finish_checkpoint(row["id"], "failed", why, alert)
-        self.store.requeue_running(self.run_id)
-        self._start_worker()
+            running = self.store.conn.execute(
+                "SELECT id, step, path, attempts FROM checkpoints"
+                " WHERE run_id = ? AND status = 'running'",
+                (self.run_id,),
+            ).fetchall()
+            for row in running:
+                if row["attempts"] >= MAX_ATTEMPTS:
+                    why = f"worker crashed {row['attempts']} times on it ({reason})"
+                    alert = failure_alert(row["step"], row["path"], why, row["id"])
+                    self.store.finish_checkpoint(row["id"], "failed", why, alert)
+            self.store.requeue_running(self.run_id)
+            quick = now - self._worker_started_at < QUICK_DEATH_S
+            self._quick_deaths = self._quick_deaths + 1 if quick else 0
+            # A worker that keeps dying at start would restart (and alert) every loop: back off.
+            delay = 0.0
+            if self._quick_deaths >= 3:
+                delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** (self._quick_deaths - 2))
+            self._restart_at = now + delay
+            self._say(
+                f"grokwatch: {reason}; restarting it" + (f" in {delay:.0f} s" if delay else "")
+            )
+        if now >= self._restart_at:
+            self._start_worker()
 
     def _stop_worker(self) -> None:
         w = self.worker

@@ -7,6 +7,7 @@ worker gets one, so both make progress on a 2-core laptop.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from grokwatch.errors import GrokwatchError
 
 DEFAULT_DIR = Path("grokwatch-demo")
 PROBE_NAME = "grokwatch-probe.jsonl"
+DEMO_MARKER = "example-config.json"  # written by the example trainer into its run directory
 PROBE_DEADLINE_S = 120.0
 
 
@@ -57,30 +59,30 @@ def run_demo(
 ) -> int:
     """Run the example trainer and the monitor together; Ctrl+C stops both."""
     directory = (directory or DEFAULT_DIR).expanduser().resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    run_dir, store = _fresh_demo_dir(directory)
     cores = os.cpu_count() or 2
     trainer_threads = threads or max(1, cores - 1)
     log = directory / "train.log"
-    with log.open("ab") as out:
+    with log.open("wb") as out:
         trainer = subprocess.Popen(
-            trainer_command(directory, steps, short, trainer_threads),
+            trainer_command(run_dir, steps, short, trainer_threads),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     settings = Settings(
-        run_dir=directory,
-        db=directory / "grokwatch.db",
+        run_dir=run_dir,
+        db=store,
         headless=headless,
         device="cpu",
         threads=1,
         settle_s=10.0,
         rescan_s=5.0,
     )
-    print(f"grokwatch demo: training in {directory} (log: {log}); store {settings.db}")
+    print(f"grokwatch demo: training in {run_dir} (log: {log}); store {store}", flush=True)
     try:
-        _wait_for_probe(directory, trainer, log)
+        _wait_for_probe(run_dir, trainer, log)
         if headless:
             return _headless(settings, trainer)
         return _with_ui(settings, trainer)
@@ -92,6 +94,21 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 trainer.kill()
                 trainer.wait()
+
+
+def _fresh_demo_dir(directory: Path) -> tuple[Path, Path]:
+    """DIR/run for the trainer, DIR/grokwatch.db for the store; an earlier demo is replaced."""
+    run_dir, store = directory / "run", directory / "grokwatch.db"
+    if run_dir.exists():
+        if not (run_dir / DEMO_MARKER).is_file() and any(run_dir.iterdir()):
+            raise GrokwatchError(
+                f"{run_dir}: exists and is not a grokwatch demo run; pick another DIR"
+            )
+        shutil.rmtree(run_dir)
+    for stale in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+        stale.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True)
+    return run_dir, store
 
 
 def _headless(settings: Settings, trainer: subprocess.Popen[bytes]) -> int:
