@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from grokwatch.errors import GrokwatchError, UsageError
+from grokwatch.tinymodels import SPECIAL_TOKENS
 
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Symbol and answer of each task group.
 OPERATIONS: dict[str, tuple[str, Callable[[int, int, int], int]]] = {
     "add": ("+", lambda a, b, p: (a + b) % p),
@@ -78,26 +78,15 @@ class GroupData:
 
 def build_arithmetic_tokenizer(modulus: int, groups: tuple[str, ...]) -> Any:
     """Return a word-level PreTrainedTokenizerFast where every residue 0..p-1 is one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import pre_tokenizers
+
+    from grokwatch.tinymodels import word_level_tokenizer
 
     words = SPECIAL_TOKENS + [str(i) for i in range(modulus)]
     words += [OPERATIONS[g][0] for g in groups] + ["="]
     vocab = {word: i for i, word in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # Splitting on whitespace keeps "a + b =" a token prefix of "a + b = c", as the probe needs.
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=16,
-    )
+    return word_level_tokenizer(vocab, pre_tokenizers.WhitespaceSplit(), model_max_length=16)
 
 
 def build_model_config(config: ExampleConfig, vocab_size: int) -> Any:

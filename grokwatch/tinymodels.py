@@ -14,14 +14,13 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARACTERS = [c for c in string.printable if c not in "\x0b\x0c\r"]
 
 
-def build_tokenizer(model_max_length: int = 512) -> Any:
-    """Return a character-level PreTrainedTokenizerFast that prepends <bos> like real LMs do."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+def word_level_tokenizer(vocab: dict[str, int], pre_tokenizer: Any, model_max_length: int) -> Any:
+    """Wrap a word-level vocabulary (with SPECIAL_TOKENS) as a fast tokenizer that adds <bos>."""
+    from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
@@ -33,6 +32,16 @@ def build_tokenizer(model_max_length: int = 512) -> Any:
         unk_token="<unk>",
         model_max_length=model_max_length,
     )
+
+
+def build_tokenizer(model_max_length: int = 512) -> Any:
+    """Return a character-level PreTrainedTokenizerFast that prepends <bos> like real LMs do."""
+    from tokenizers import Regex, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    # "[\s\S]" rather than ".": every character, newlines included, is its own token.
+    split = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    return word_level_tokenizer(vocab, split, model_max_length)
 
 
 def tiny_olmoe_config(

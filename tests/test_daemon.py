@@ -23,14 +23,12 @@ from tests.helpers import (
     REPO_ROOT,
     alerts,
     all_final,
-    build_templates,
     checkpoints,
     daemon_args,
     daemon_env,
     query,
     rotate,
     run_once,
-    save_tokenizer,
     start_daemon,
     statuses,
     wait_for,
@@ -39,27 +37,6 @@ from tests.helpers import (
 )
 
 GROUP_ROWS = {"alpha", "beta", "__all__"}
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three complete tiny checkpoints (different seeds) that the writers copy from."""
-    return build_templates(tmp_path_factory.mktemp("templates"))
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """An empty run directory with the tokenizer saved at its top, as training scripts do."""
-    run = tmp_path / "run"
-    run.mkdir()
-    save_tokenizer(run)
-    return run
-
-
-@pytest.fixture
-def probe(tmp_path: Path) -> Path:
-    """Eight probe samples in two groups, outside the run directory."""
-    return write_probe(tmp_path / "probe.jsonl")
 
 
 def _export(db: Path, table: str, *extra: str) -> list[dict]:

@@ -18,7 +18,6 @@ from tests.helpers import (
     DaemonProcess,
     alerts,
     all_final,
-    build_templates,
     checkpoints,
     daemon_env,
     heartbeat,
@@ -26,36 +25,13 @@ from tests.helpers import (
     pid_alive,
     query,
     run_once,
-    save_tokenizer,
     start_daemon,
     statuses,
     wait_for,
     write_checkpoint,
-    write_probe,
 )
 
 STOP_DEADLINE_S = 20.0  # "within a few seconds": a deadline on a loaded machine, not a timing
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three complete tiny checkpoints (different seeds) that the writers copy from."""
-    return build_templates(tmp_path_factory.mktemp("templates"))
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """An empty run directory with the tokenizer saved at its top."""
-    run = tmp_path / "run"
-    run.mkdir()
-    save_tokenizer(run)
-    return run
-
-
-@pytest.fixture
-def probe(tmp_path: Path) -> Path:
-    """Eight probe samples in two groups."""
-    return write_probe(tmp_path / "probe.jsonl")
 
 
 def _done_rows(db: Path) -> dict[int, tuple]:
