@@ -102,3 +102,13 @@ def test_signed_age_duration_size() -> None:
     assert [render.age(s) for s in (5, 90, 7200, 200000, None)] == ["5s", "1m", "2h", "2d", "–"]
     assert render.duration(2.64) == "2.6s" and render.duration(None) == "–"
     assert render.size_bytes(512 * 1024 * 1024) == "512.0 MB"
+
+
+def test_float_noise_draws_flat_not_as_a_cliff():
+    from grokwatch.ui.render import robust_scale
+
+    scale = robust_scale([4.652 + 1e-7 * i for i in range(14)])
+    units = [scale.unit(4.652 + 1e-7 * i) for i in range(14)]
+    assert max(units) - min(units) < 0.01
+    wide = robust_scale([1.0, 2.0])
+    assert (wide.unit(1.0), wide.unit(2.0)) == (0.0, 1.0)

@@ -19,6 +19,7 @@ ELLIPSIS = "…"
 # flatten the rest of the curve.
 CLIP_SIGMAS = 4.0
 CLIP_SHARE = 0.05
+RELATIVE_FLOOR = 1e-4  # ranges narrower than this fraction of the level are drawn flat
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def _median(sorted_values: Sequence[float]) -> float:
 def robust_scale(values: Sequence[float | None]) -> Scale:
     """A range from the median and MAD that clips outliers, but never more than ~5% of values.
 
+    A range narrower than RELATIVE_FLOOR of the level is float noise (a flat loss of
+    4.652 +- 1e-7) and is drawn flat rather than as a cliff.
+
     The cap keeps real trends (the early loss drop) visible: only a few extreme points on each
     side can be clipped, and each side keeps at least its second most extreme value.
     """
@@ -63,6 +67,9 @@ def robust_scale(values: Sequence[float | None]) -> Scale:
     n = len(data)
     median = _median(data)
     mad = _median(sorted(abs(v - median) for v in data)) * 1.4826
+    floor = RELATIVE_FLOOR * max(abs(median), 1e-12)
+    if data[-1] - data[0] < floor:
+        return Scale(median - floor, median + floor, 0)
     if mad <= 0 or n < 3:
         return Scale(data[0], data[-1], 0)
     per_side = max(1, math.ceil(CLIP_SHARE / 2 * n))
