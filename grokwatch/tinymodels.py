@@ -89,10 +89,19 @@ def save_tiny_checkpoint(
     model: Any | None = None,
 ) -> Path:
     """Write a complete save_pretrained checkpoint (safetensors + tokenizer) and return its path."""
+    from transformers.utils import logging as hf_logging
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else build_tiny_model(config, seed)
-    model.save_pretrained(directory)
+    # A progress bar per tiny shard only clutters test and bench output.
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(directory)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     build_tokenizer().save_pretrained(directory)
     return directory
 
