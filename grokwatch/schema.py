@@ -164,6 +164,14 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         )
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if readonly:
+        try:
+            conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(
+                f"{path}: not a grokwatch store ({exc}); pass the .db a daemon wrote"
+            ) from None
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -295,3 +295,17 @@ def test_watch_help_lists_every_contract_option() -> None:
         "--debug",
     ):
         assert option in out, option
+
+
+def test_status_and_export_on_a_file_that_is_not_a_store_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from grokwatch.cli import main
+
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("these are my notes, not SQLite\n")
+    for args in (["status", str(bogus)], ["export", str(bogus)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert "not a grokwatch store" in result.output
+        assert "Traceback" not in result.output

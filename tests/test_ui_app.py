@@ -475,3 +475,17 @@ def test_workers_only_post_messages_in_order(seeded_stores: Seeds) -> None:
 
     run_async(scenario())
     assert seen[0] == "StoreChanged" and seen.count("DetailLoaded") == 1
+
+
+def test_ctrl_c_quits_like_q(seeded_stores: Seeds) -> None:
+    info = seeded_stores("normal")
+
+    async def scenario() -> None:
+        app = _app(info)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await loaded(pilot)
+            await pilot.press("ctrl+c")
+            await wait_until(pilot, lambda: app.return_code is not None, "the app to exit")
+        assert app.return_code == 0
+
+    run_async(scenario())

@@ -92,6 +92,8 @@ class GrokwatchApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
+        # A monitor is stopped like any terminal program; Textual's default only hints.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("t", "cycle_theme", "Theme"),
         Binding("c", "cycle_metric", "Metric"),
         Binding("slash", "filter", "Filter"),
