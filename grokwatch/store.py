@@ -246,9 +246,10 @@ class Store:
                     return -1
                 self._set_status(target["id"], status, reason, seq, now)
                 return int(target["id"])
-            if status == "vanished":
-                # A running row belongs to the worker, which finds out for itself.
-                if current is None or current["status"] not in ("seen", "pending"):
+            if status == "vanished" and current is not None:
+                # A running row belongs to the worker, which finds out for itself. A path never
+                # seen before (rotated away within one debounce) gets its own row below.
+                if current["status"] not in ("seen", "pending"):
                     return -1
                 self._set_status(current["id"], status, reason, seq, now)
                 return int(current["id"])

@@ -334,6 +334,21 @@ class Watcher:
                     elif key.parent == self.run_dir:
                         targets.update(c for c in subdirectories(key) if looks_like_checkpoint(c))
             self._apply(targets, [p for p in inside if not p.is_dir()])
+            self._note_fleeting(key, inside)
+
+    def _note_fleeting(self, key: Path, inside: list[Path]) -> None:
+        """Record a checkpoint that appeared and was deleted before any scan could see it.
+
+        Rotation (save_total_limit) can remove a directory within one debounce of its
+        creation; the history must still list every checkpoint the run wrote.
+        """
+        if key == self.run_dir or inside or os.path.lexists(key) or is_temporary_name(key.name):
+            return
+        step = step_from_name(key.name)
+        if step is None:
+            return
+        reason = "vanished: appeared and was deleted before it was complete"
+        self._report([Decision("vanished", str(key), step, "", reason)])
 
     def _recheck(self) -> None:
         """Re-observe checkpoints still in 'seen', so settle timeouts fire without events."""

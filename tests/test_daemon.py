@@ -219,11 +219,6 @@ def test_rotation_before_and_during_evaluation_is_vanished_and_listed(
     assert set(_metric_groups(db)) == {300, 400, 500, 600}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watcher.py: a checkpoint created and deleted within the debounce (0.5 s) is never"
-    " observed, so it is missing from the history (reported to the lead)",
-)
 def test_checkpoint_rotated_away_within_the_debounce_is_still_listed(
     tmp_path: Path, run_dir: Path, probe: Path, templates: list[Path]
 ) -> None:
