@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,30 +49,38 @@ def _write_run(run: Path, n_checkpoints: int = 14) -> None:
     (run / "grokwatch.toml").write_text(CONFIG)
 
 
-def _grokwatch(*args: str) -> subprocess.CompletedProcess[str]:
+def _grokwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "grokwatch", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
 @pytest.mark.slow
-def test_onset_alert_reaches_the_hook_and_the_export_once(tmp_path):
+def test_onset_alert_reaches_the_hook_and_the_export_once(tmp_path, webhook):
     run, db, received = tmp_path / "run", tmp_path / "s.db", tmp_path / "alerts.txt"
     run.mkdir()
     _write_run(run)
     hook = (
         f'echo "$GROKWATCH_ALERT_KIND|$GROKWATCH_ALERT_GROUP|$GROKWATCH_ALERT_STEP" >> {received}'
     )
+    port, posted = webhook
+    env = {"GROKWATCH_NOTIFY_URLS": f"json://127.0.0.1:{port}/hook?token=s3cret-token"}
 
-    first = _grokwatch(str(run), "--once", "--db", str(db), "--on-alert", hook)
+    first = _grokwatch(str(run), "--once", "--db", str(db), "--on-alert", hook, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = received.read_text().splitlines()
     onsets = [line for line in lines if line.startswith("onset|")]
     assert onsets, (lines, first.stdout)
+    # The same alerts went to the webhook through apprise; the URL is in no output or store.
+    assert len(posted) == len(lines)
+    assert any("grokking onset" in json.dumps(p) for p in posted)
+    assert "s3cret-token" not in first.stdout + first.stderr
+    assert b"s3cret-token" not in db.read_bytes()
 
     exported = _grokwatch("export", "--db", str(db), "--table", "alerts")
     assert exported.returncode == 0, exported.stderr
@@ -90,9 +99,10 @@ def test_onset_alert_reaches_the_hook_and_the_export_once(tmp_path):
     assert state == "grokking"
 
     # A restart recomputes nothing and never re-sends an alert.
-    again = _grokwatch(str(run), "--once", "--db", str(db), "--on-alert", hook)
+    again = _grokwatch(str(run), "--once", "--db", str(db), "--on-alert", hook, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert received.read_text().splitlines() == lines
+    assert len(posted) == len(lines)
     rows_after = list(
         csv.DictReader(
             io.StringIO(_grokwatch("export", "--db", str(db), "--table", "alerts").stdout)
