@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from grokwatch.loading import load_model, model_summary, reload_weights
+    from grokwatch.loading import load_model, model_summary
     from grokwatch.tinymodels import save_tiny_checkpoint, tiny_olmoe_config
+    from grokwatch.weightswap import reload_weights
 
     torch.set_num_threads(args.threads)
     config = tiny_olmoe_config(args.layers, args.hidden, args.experts, args.top_k)

@@ -21,13 +21,13 @@ from grokwatch.loading import (
     load_model,
     model_summary,
     peak_memory_bytes,
-    reload_weights,
     reset_peak_memory,
 )
 from grokwatch.metrics import compute_checkpoint_metrics
 from grokwatch.probe import Probe
 from grokwatch.results import CheckpointMetrics, RoutingOutput
 from grokwatch.routing import run_forward
+from grokwatch.weightswap import reload_weights
 
 
 @dataclass

@@ -21,7 +21,6 @@ from grokwatch.loading import (
     load_model,
     model_summary,
     peak_memory_bytes,
-    reload_weights,
     reset_peak_memory,
     resolve_device,
 )
@@ -32,6 +31,7 @@ from grokwatch.tinymodels import (
     save_tiny_checkpoint,
     tiny_olmoe_config,
 )
+from grokwatch.weightswap import reload_weights
 
 VOCAB = len(SPECIAL_TOKENS) + len(CHARACTERS)
 
