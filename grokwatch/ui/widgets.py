@@ -99,8 +99,8 @@ def daemon_label(snapshot: Snapshot, now: float) -> tuple[str, str]:
     return f"○ daemon stale {render.age(now - beat.beat_at)}", "bad"
 
 
-class HeaderBar(Themed, Static):
-    """One line: run dir, device, daemon, queue, age of the last checkpoint, done/failed."""
+class SnapshotText(Themed, Static):
+    """A text widget drawn from the latest snapshot; ages refresh on every show()."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = set(THEMED)
 
@@ -114,6 +114,13 @@ class HeaderBar(Themed, Static):
         if snapshot is not None:
             self.snapshot = snapshot
         self.update(self._text())
+
+    def _text(self) -> Text:
+        raise NotImplementedError
+
+
+class HeaderBar(SnapshotText):
+    """One line: run dir, device, daemon, queue, age of the last checkpoint, done/failed."""
 
     def _text(self) -> Text:
         snap = self.snapshot
@@ -246,21 +253,8 @@ class MetricPanel(Themed, Widget):
         return out
 
 
-class StatusLines(Themed, Static):
+class StatusLines(SnapshotText):
     """The latest step and the newest alert (two lines under the panels)."""
-
-    COMPONENT_CLASSES: ClassVar[set[str]] = set(THEMED)
-
-    def __init__(self, clock: Callable[[], float], **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.clock = clock
-        self.snapshot: Snapshot | None = None
-
-    def show(self, snapshot: Snapshot | None) -> None:
-        """Draw a snapshot (or refresh ages)."""
-        if snapshot is not None:
-            self.snapshot = snapshot
-        self.update(self._text())
 
     def _text(self) -> Text:
         snap = self.snapshot
