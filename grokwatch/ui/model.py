@@ -168,7 +168,9 @@ class StoreModel:
             try:
                 self._reader = Reader(self.store_path)
             except (StoreError, sqlite3.Error) as exc:
-                return self._once(Snapshot(str(self.store_path), "missing", error=str(exc)))
+                # A file without the schema yet is a daemon still creating it: just wait.
+                error = "" if "no such table" in str(exc) else str(exc)
+                return self._once(Snapshot(str(self.store_path), "missing", error=error))
         conn = self._reader.conn
         try:
             conn.execute("BEGIN")  # one read snapshot for the whole poll
