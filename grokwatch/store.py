@@ -513,29 +513,27 @@ class Store:
 
     # History for the detectors ------------------------------------------------------------
 
-    def metric_history(self, run_id: int, before_step: int | None = None) -> list[sqlite3.Row]:
-        """Metrics rows of done checkpoints of a run in step order (optionally before a step)."""
+    def _done_rows(
+        self, select: str, table: str, order: str, run_id: int, before_step: int | None
+    ) -> list[sqlite3.Row]:
+        """Rows of `table` (alias t) that belong to done checkpoints of a run, in `order`."""
         sql = (
-            "SELECT m.* FROM metrics m JOIN checkpoints c ON c.id = m.checkpoint_id"
-            " WHERE m.run_id = ? AND c.status = 'done'"
+            f"SELECT {select} FROM {table} t JOIN checkpoints c ON c.id = t.checkpoint_id"
+            " WHERE t.run_id = ? AND c.status = 'done'"
         )
         args: list[Any] = [run_id]
         if before_step is not None:
-            sql += " AND m.step < ?"
+            sql += " AND t.step < ?"
             args.append(before_step)
-        return self.conn.execute(sql + " ORDER BY m.step, m.checkpoint_id", args).fetchall()
+        return self.conn.execute(f"{sql} ORDER BY {order}", args).fetchall()
+
+    def metric_history(self, run_id: int, before_step: int | None = None) -> list[sqlite3.Row]:
+        """Metrics rows of done checkpoints of a run in step order (optionally before a step)."""
+        return self._done_rows("t.*", "metrics", "t.step, t.checkpoint_id", run_id, before_step)
 
     def sample_history(self, run_id: int, before_step: int | None = None) -> list[sqlite3.Row]:
         """Per-sample payloads of done checkpoints of a run in step order."""
-        sql = (
-            "SELECT s.step, s.payload FROM sample_values s JOIN checkpoints c"
-            " ON c.id = s.checkpoint_id WHERE s.run_id = ? AND c.status = 'done'"
-        )
-        args: list[Any] = [run_id]
-        if before_step is not None:
-            sql += " AND s.step < ?"
-            args.append(before_step)
-        return self.conn.execute(sql + " ORDER BY s.step", args).fetchall()
+        return self._done_rows("t.step, t.payload", "sample_values", "t.step", run_id, before_step)
 
     def arrivals(self, run_id: int) -> list[tuple[str, float]]:
         """(path, time it became pending) of each checkpoint of a run, for the overdue rule."""
