@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from grokwatch.errors import CheckpointVanished
 
@@ -218,25 +218,39 @@ def _safetensors_problem(
     OSError propagates, so that a read error is never cached.
     """
     del mtime_ns, inode  # cache key only: a rewritten file gets a fresh check
+    return read_safetensors_header(file_path, name, size)[1]
+
+
+def read_safetensors_header(
+    file_path: str, name: str, size: int
+) -> tuple[dict[str, Any] | None, tuple[Verdict, str] | None]:
+    """Parse a safetensors header and check the file size it implies: (header, problem).
+
+    The one check both the watcher (is it complete?) and the loader (can it load?) use; the
+    problem's reason starts with `name`. OSError propagates.
+    """
     if size < 8:
-        return "incomplete", f"{name} is {format_bytes(size)}, its header is not written yet"
+        return None, (
+            "incomplete",
+            f"{name} is {format_bytes(size)}, its header is not written yet",
+        )
     with open(file_path, "rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
         if header_len == 0:
             # A zero prefix is a not-yet-written page (sparse or NFS), never a real header.
-            return "incomplete", f"{name} header is not written yet"
+            return None, ("incomplete", f"{name} header is not written yet")
         if header_len > MAX_HEADER_BYTES:
-            return "corrupt", f"{name} header does not parse (length prefix {header_len})"
+            return None, ("corrupt", f"{name} header does not parse (length prefix {header_len})")
         if size < 8 + header_len:
             need = format_bytes(8 + header_len)
-            return "incomplete", f"{name} is {format_bytes(size)} of at least {need}"
+            return None, ("incomplete", f"{name} is {format_bytes(size)} of at least {need}")
         raw = handle.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return "corrupt", f"{name} header does not parse (not JSON)"
+        return None, ("corrupt", f"{name} header does not parse (not JSON)")
     if not isinstance(header, dict):
-        return "corrupt", f"{name} header does not parse (not a JSON object)"
+        return None, ("corrupt", f"{name} header does not parse (not a JSON object)")
     data_bytes = 0
     for key, info in header.items():
         if key == "__metadata__":
@@ -248,15 +262,21 @@ def _safetensors_problem(
             and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]
         ):
-            return "corrupt", f"{name} header does not parse (tensor {key!r} has no data_offsets)"
+            return None, (
+                "corrupt",
+                f"{name} header does not parse (tensor {key!r} has no data_offsets)",
+            )
         data_bytes = max(data_bytes, offsets[1])
     expected = 8 + header_len + data_bytes
     if size < expected:
-        return "incomplete", f"{name} is {format_bytes(size)} of {format_bytes(expected)}"
+        return None, ("incomplete", f"{name} is {format_bytes(size)} of {format_bytes(expected)}")
     if size > expected:
         described = format_bytes(expected)
-        return "corrupt", f"{name} is {format_bytes(size)} but its header describes {described}"
-    return None
+        return None, (
+            "corrupt",
+            f"{name} is {format_bytes(size)} but its header describes {described}",
+        )
+    return header, None
 
 
 @lru_cache(maxsize=1024)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from grokwatch.checkpoints import read_safetensors_header
 from grokwatch.errors import CheckpointError, CheckpointVanished, ModelError, UsageError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -31,8 +32,6 @@ BIN_SINGLE = "pytorch_model.bin"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Keys that differ between saves of one architecture without changing what any weight means.
 IGNORED_CONFIG_KEYS = frozenset({"transformers_version", "torch_dtype", "dtype", "use_cache"})
-# The safetensors format itself refuses headers above 100 MB: a larger length means garbage.
-MAX_HEADER_BYTES = 100_000_000
 # Headroom for activations and the allocator when deciding whether weights fit on one GPU.
 GPU_FILL_FRACTION = 0.9
 MAX_LISTED_KEYS = 5
@@ -191,32 +190,17 @@ def checkpoint_signature(checkpoint_dir: str | Path) -> str:
 def _safetensors_header(path: Path) -> dict[str, Any]:
     """Parse a safetensors header and check that the file is exactly as long as it says."""
     try:
-        size_bytes = path.stat().st_size
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            header_bytes = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-            if not 0 < header_bytes <= min(MAX_HEADER_BYTES, size_bytes - 8):
-                raise CheckpointError(
-                    f"{path}: not a safetensors file or truncated (header length {header_bytes}, "
-                    f"file {size_bytes} bytes); wait for the writer to finish or {RESAVE}"
-                )
-            header = json.loads(handle.read(header_bytes))
-        entries = [entry for key, entry in header.items() if key != "__metadata__"]
-        end_bytes = max((int(entry["data_offsets"][1]) for entry in entries), default=0)
+        header, problem = read_safetensors_header(str(path), path.name, path.stat().st_size)
     except FileNotFoundError:
         raise CheckpointVanished(f"{path}: weight file vanished") from None
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        name = type(exc).__name__
-        raise CheckpointError(
-            f"{path}: safetensors header does not parse ({name}); {RESAVE}"
-        ) from exc
-    if size_bytes != (expected_bytes := 8 + header_bytes + end_bytes):
-        raise CheckpointError(
-            f"{path}: is {size_bytes} bytes but its header describes {expected_bytes}; "
-            f"truncated or still being written (wait for the writer or {RESAVE})"
-        )
+    except OSError as exc:
+        raise CheckpointError(f"{path}: does not open ({_first_line(exc)}); {RESAVE}") from exc
+    if problem is not None:
+        verdict, reason = problem
+        detail = reason[len(path.name) :].strip()
+        hint = f"wait for the writer to finish or {RESAVE}" if verdict == "incomplete" else RESAVE
+        raise CheckpointError(f"{path}: {detail}; {hint}")
+    assert header is not None
     return header
 
 

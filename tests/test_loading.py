@@ -314,7 +314,7 @@ def test_truncated_shard_is_named(ckpts: dict, sharded: Path) -> None:
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 1000])
     loaded = load_model(ckpts["olmoe"][0], device="cpu")
-    with pytest.raises(CheckpointError, match=rf"{shard.name}: is \d+ bytes but its header"):
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: is .+ of .+; wait for the writer"):
         load_model(sharded, device="cpu")
     with pytest.raises(CheckpointError, match=shard.name):
         reload_weights(loaded, sharded)
@@ -326,7 +326,7 @@ def test_garbage_shard_is_named(ckpts: dict, sharded: Path) -> None:
     size = shard.stat().st_size
     shard.write_bytes(torch.randint(0, 256, (size,), dtype=torch.uint8).numpy().tobytes())
     loaded = load_model(ckpts["olmoe"][0], device="cpu")
-    with pytest.raises(CheckpointError, match=rf"{shard.name}: not a safetensors file"):
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: header does not parse"):
         load_model(sharded, device="cpu")
     with pytest.raises(CheckpointError, match=shard.name):
         reload_weights(loaded, sharded)
@@ -337,7 +337,7 @@ def test_unparsable_header_is_named(ckpts: dict, tmp_path: Path) -> None:
     body = b"{not json at all" + b" " * 48
     (broken / "model.safetensors").write_bytes(len(body).to_bytes(8, "little") + body)
     with pytest.raises(
-        CheckpointError, match=r"model\.safetensors: safetensors header does not parse"
+        CheckpointError, match=r"model\.safetensors: header does not parse \(not JSON\)"
     ):
         load_model(broken, device="cpu")
 
