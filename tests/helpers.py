@@ -364,3 +364,17 @@ def ignores_signal(pid: int, signum: int) -> bool:
     with open(f"/proc/{pid}/status") as handle:
         line = next(x for x in handle if x.startswith("SigIgn:"))
     return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+
+
+def run_daemon_until_final(
+    run_dir: Path, db: Path, probe: Path, steps: Sequence[int], *, tmp: Path, what: str
+) -> None:
+    """Start a daemon, wait until every listed step is final, stop it; it must exit 0."""
+    daemon = start_daemon(run_dir, db, probe, tmp=tmp)
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: all_final(db, steps), what=what)
+    finally:
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait()
+    assert code == 0, daemon.output()

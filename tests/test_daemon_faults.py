@@ -24,6 +24,7 @@ from tests.helpers import (
     ignores_signal,
     pid_alive,
     query,
+    run_daemon_until_final,
     run_once,
     start_daemon,
     statuses,
@@ -63,13 +64,7 @@ def test_sigkill_mid_evaluation_then_restart_loses_and_recomputes_nothing(
     db = tmp_path / "s.db"
     for step, template in ((100, 0), (200, 1)):
         write_checkpoint(templates[template], run_dir / f"step_{step}", pause_s=0.0)
-    first = start_daemon(run_dir, db, probe, tmp=tmp_path)
-    try:
-        first.wait_ready()
-        wait_for(lambda: all_final(db, [100, 200]), what="steps 100 and 200 done")
-    finally:
-        first.signal(signal.SIGTERM)
-        assert first.wait() == 0
+    run_daemon_until_final(run_dir, db, probe, [100, 200], tmp=tmp_path, what="100 and 200 done")
     committed = _done_rows(db)
     assert set(committed) == {100, 200}
 
@@ -204,13 +199,7 @@ def test_checkpoint_rotated_away_while_the_daemon_was_down_is_vanished(
     # Overnight, training rotates it away and writes the next one.
     write_checkpoint(templates[1], run_dir / "step_200")
     shutil.rmtree(run_dir / "step_100")
-    second = start_daemon(run_dir, db, probe, tmp=tmp_path)
-    try:
-        second.wait_ready()
-        wait_for(lambda: all_final(db, [100, 200]), what="both final")
-    finally:
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0, second.output()
+    run_daemon_until_final(run_dir, db, probe, [100, 200], tmp=tmp_path, what="both final")
     assert statuses(db) == {100: ["vanished"], 200: ["done"]}
 
 
